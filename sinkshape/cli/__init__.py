@@ -1,0 +1,69 @@
+"""The ``sinkshape`` command line.
+
+Each subcommand lives in its own module with two functions:
+``add_parser(subparsers)`` declares its options and ``run(args) -> int`` runs it.
+Invalid input (:class:`sinkshape.errors.InputError`, a missing or unreadable file)
+prints one line on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from sinkshape.errors import InputError
+
+__all__ = ["main"]
+
+#: Subcommand modules, imported when the parser is built.
+SUBCOMMANDS = ("smooth", "register")
+
+EXIT_INPUT_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the parser with one sub-parser per subcommand."""
+    from sinkshape import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="sinkshape",
+        description="Sinkhorn-normalized diffusion on surfaces and point clouds.",
+    )
+    parser.add_argument("--version", action="version", version=f"sinkshape {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log the solver's progress"
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"sinkshape.cli.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"sinkshape.cli.{name}":
+                raise
+            continue
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line and return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.run(args) or 0)
+    except (InputError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
+        print(f"sinkshape {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print(f"sinkshape {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
