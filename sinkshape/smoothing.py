@@ -44,6 +44,7 @@ __all__ = [
     "smooth_point_data",
     "smooth_signal",
     "smooth_surface",
+    "surface_report",
 ]
 
 logger = logging.getLogger(__name__)
@@ -282,6 +283,48 @@ def _record(mesh, smoother: Smoother, **extra) -> None:
         mesh.field_data[f"sinkshape_{key}"] = np.array([value])
 
 
+@dataclass
+class SurfaceReport:
+    """What smoothing did to a surface.
+
+    Attributes
+    ----------
+    volume_change : float
+        Relative change of the enclosed volume, (|V_after| - |V_before|) / |V_before|;
+        NaN for a point cloud. Meaningful for closed surfaces only.
+    flipped_ids : numpy.ndarray
+        Triangles whose normal turned by more than 90 degrees.
+    """
+
+    volume_change: float
+    flipped_ids: np.ndarray
+
+    @property
+    def flipped_triangles(self) -> int:
+        """Number of flipped triangles."""
+        return len(self.flipped_ids)
+
+
+def surface_report(surface: Surface, points) -> SurfaceReport:
+    """Compare smoothed ``points`` (array or tensor) with the surface they came from."""
+    if surface.triangles is None:
+        return SurfaceReport(float("nan"), np.zeros(0, dtype=np.int64))
+
+    before = surface.points.detach().cpu().to(torch.float64)
+    after = torch.as_tensor(np.asarray(points.detach().cpu()) if isinstance(points, torch.Tensor)
+                            else np.asarray(points)).to(torch.float64)
+    flipped = flipped_triangles(before.numpy(), after.numpy(), surface.triangles)
+
+    # Absolute values: the sign of the enclosed volume is the orientation of the
+    # triangles, which differs between files.
+    volume_before = abs(enclosed_volume(before, surface.triangles))
+    volume_change = float("nan")
+    if volume_before > 0:
+        volume_after = abs(enclosed_volume(after, surface.triangles))
+        volume_change = (volume_after - volume_before) / volume_before
+    return SurfaceReport(volume_change, flipped)
+
+
 def smooth_signal(data, signal, sigma, *, repeats: int = 1, **options):
     """Smooth a per-point signal at scale sigma.
 
@@ -404,27 +447,15 @@ def smooth_surface(
     smoother = Smoother(mesh, sigma, **options)
     points = smoother.smooth_points(order=order)
     surface = smoother.surface
-
-    flipped = []
-    volume_change = float("nan")
-    if surface.triangles is not None:
-        before = surface.points.detach().cpu().to(torch.float64)
-        after = points.detach().cpu().to(torch.float64)
-        flipped = flipped_triangles(before.numpy(), after.numpy(), surface.triangles)
-        if len(flipped):
-            logger.warning(
-                "%d triangles flipped while smoothing at sigma=%g (first: %d); "
-                "try a smaller sigma or the 'graph' backend",
-                len(flipped),
-                smoother.sigma,
-                flipped[0],
-            )
-        # Absolute values: the sign of the enclosed volume is the orientation of
-        # the triangles, which differs between files.
-        volume_before = abs(enclosed_volume(before, surface.triangles))
-        if volume_before > 0:
-            volume_after = abs(enclosed_volume(after, surface.triangles))
-            volume_change = (volume_after - volume_before) / volume_before
+    report = surface_report(surface, points)
+    if report.flipped_triangles:
+        logger.warning(
+            "%d triangles flipped while smoothing at sigma=%g (first: %d); "
+            "try a smaller sigma or the 'graph' backend",
+            report.flipped_triangles,
+            smoother.sigma,
+            report.flipped_ids[0],
+        )
 
     if surface.source is None or not hasattr(surface.source, "point_data"):
         if surface.from_numpy:
@@ -436,8 +467,8 @@ def smooth_surface(
     _record(
         output,
         smoother,
-        volume_change=volume_change,
-        flipped_triangles=len(flipped),
+        volume_change=report.volume_change,
+        flipped_triangles=report.flipped_triangles,
         order=int(order),
     )
     return output

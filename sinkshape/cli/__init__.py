@@ -23,11 +23,18 @@ SUBCOMMANDS = ("smooth", "register")
 EXIT_INPUT_ERROR = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument parser whose usage errors take one line on stderr and exit with 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_INPUT_ERROR, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the parser with one sub-parser per subcommand."""
     from sinkshape import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sinkshape",
         description="Sinkhorn-normalized diffusion on surfaces and point clouds.",
     )
@@ -35,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log the solver's progress"
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     for name in SUBCOMMANDS:
         try:
             module = importlib.import_module(f"sinkshape.cli.{name}")
