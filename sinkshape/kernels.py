@@ -27,7 +27,7 @@ import scipy.sparse
 import torch
 from scipy.spatial import cKDTree
 
-from sinkshape._checks import check_points, check_positive, check_sigma
+from sinkshape._checks import as_tensor, check_points, check_positive, check_sigma
 from sinkshape.errors import InputError
 
 __all__ = [
@@ -136,9 +136,9 @@ class DenseKernel(Kernel):
 
     Parameters
     ----------
-    matrix : torch.Tensor, optional
+    matrix : torch.Tensor or numpy.ndarray, optional
         Symmetric non-negative values K.
-    log_matrix : torch.Tensor, optional
+    log_matrix : torch.Tensor or numpy.ndarray, optional
         log K, with -inf for zeros. Give exactly one of the two.
     """
 
@@ -151,6 +151,10 @@ class DenseKernel(Kernel):
         if (matrix is None) == (log_matrix is None):
             msg = "give exactly one of matrix and log_matrix"
             raise InputError(msg)
+        if matrix is not None:
+            matrix, _ = as_tensor(matrix, name="matrix")
+        if log_matrix is not None:
+            log_matrix, _ = as_tensor(log_matrix, name="log_matrix")
 
         reference = matrix if matrix is not None else log_matrix
         if reference.ndim != 2 or reference.shape[0] != reference.shape[1]:
@@ -193,7 +197,20 @@ class DenseKernel(Kernel):
     def log_matvec(self, log_v: torch.Tensor) -> torch.Tensor:
         if self._log_matrix is None:
             return super().log_matvec(log_v)
-        return torch.logsumexp(self._log_matrix + log_v[None, :], dim=1)
+
+        # A matrix product on exp(log_v - max) is exact unless a row's sum falls
+        # into the subnormal range; only such rows take the N-term log-sum-exp,
+        # which costs several times the product.
+        shift = log_v.detach().max()
+        sums = self._matrix @ torch.exp(log_v - shift)
+        result = torch.log(sums) + shift
+
+        finfo = torch.finfo(sums.dtype)
+        underflow = torch.nonzero(~(sums.detach() > finfo.tiny / finfo.eps)).flatten()
+        if underflow.numel():
+            exact = torch.logsumexp(self._log_matrix[underflow] + log_v[None, :], dim=1)
+            result = result.index_put((underflow,), exact)
+        return result
 
     def to_dense(self) -> torch.Tensor:
         return self._matrix
@@ -281,8 +298,12 @@ class SparseKernel(Kernel):
             raise InputError(msg)
         coo.sum_duplicates()
         coo.eliminate_zeros()
+        if coo.nnz and not np.isfinite(coo.data).all():
+            bad = float(coo.data[~np.isfinite(coo.data)][0])
+            msg = f"kernel entries must be finite, found {bad!r}"
+            raise InputError(msg)
         if coo.nnz and coo.data.min() < 0:
-            msg = f"kernel entries must be non-negative, found {coo.data.min()!r}"
+            msg = f"kernel entries must be non-negative, found {float(coo.data.min())!r}"
             raise InputError(msg)
         if abs(coo - coo.T).max() > 1e-12 * max(1.0, abs(coo).max()):
             msg = "the kernel matrix is not symmetric; symmetrize it, e.g. (K + K.T) / 2"
