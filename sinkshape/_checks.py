@@ -43,6 +43,9 @@ def as_tensor(
             raise InputError(msg)
         if array.dtype not in (np.float32, np.float64):
             array = array.astype(np.float64)
+        if not array.flags.writeable:
+            # torch.from_numpy would share the read-only buffer, which torch warns about.
+            array = array.copy()
         tensor = torch.from_numpy(np.ascontiguousarray(array))
     else:
         tensor = values

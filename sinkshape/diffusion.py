@@ -49,7 +49,7 @@ class DiffusionOperator:
         Tolerance on the marginal error; 1e-6 in float64 and 1e-5 in float32.
     max_iter : int
         Maximum number of Sinkhorn updates.
-    init : torch.Tensor, optional
+    init : array-like, optional
         Warm start, log lambda from an earlier operator.
     callback : callable, optional
         Called as ``callback(iteration, error)`` during the solve.
@@ -187,7 +187,11 @@ class DiffusionOperator:
     def _rmatvec(self, v):
         # Q^T v = M Q M^-1 v, since M Q is symmetric.
         masses = self.masses.detach().cpu().to(torch.float64).numpy()
-        inner = self.apply(torch.from_numpy(np.asarray(v, dtype=np.float64) / masses))
+        v = np.asarray(v, dtype=np.float64)
+        if v.ndim == 2:
+            # scipy passes (N, 1) columns, so each row is divided by its own mass.
+            masses = masses[:, None]
+        inner = self.apply(torch.from_numpy(v / masses))
         return masses * inner.detach().cpu().to(torch.float64).numpy()
 
     def symmetric_linear_operator(self):

@@ -203,10 +203,15 @@ class DenseKernel(Kernel):
         # which costs several times the product.
         shift = log_v.detach().max()
         sums = self._matrix @ torch.exp(log_v - shift)
-        result = torch.log(sums) + shift
 
         finfo = torch.finfo(sums.dtype)
-        underflow = torch.nonzero(~(sums.detach() > finfo.tiny / finfo.eps)).flatten()
+        underflow_mask = ~(sums.detach() > finfo.tiny / finfo.eps)
+        # The log-sum-exp below replaces the underflowing rows. A placeholder 1 keeps
+        # the gradient of the log finite there, because log(0) would give 0 * inf = NaN.
+        sums = torch.where(underflow_mask, torch.ones_like(sums), sums)
+        result = torch.log(sums) + shift
+
+        underflow = torch.nonzero(underflow_mask).flatten()
         if underflow.numel():
             exact = torch.logsumexp(self._log_matrix[underflow] + log_v[None, :], dim=1)
             result = result.index_put((underflow,), exact)

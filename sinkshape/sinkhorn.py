@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sinkshape._checks import check_positive
+from sinkshape._checks import as_tensor, check_positive
 from sinkshape.errors import InputError
 from sinkshape.kernels import Kernel
 
@@ -119,7 +119,7 @@ def sinkhorn_scaling(
         Stop when the marginal error is at most ``tol``; see :func:`default_tol`.
     max_iter : int
         Maximum number of updates. Reaching it warns with the error reached.
-    init : torch.Tensor, optional
+    init : array-like, optional
         Warm start: log lambda from an earlier solve, shape (N,).
     log_domain : bool, optional
         Use the log-domain update; by default, whenever the kernel is stored by
@@ -150,10 +150,23 @@ def sinkhorn_scaling(
     if init is None:
         log_scaling = torch.zeros_like(masses)
     else:
-        if init.shape != masses.shape:
-            msg = f"init must have shape {tuple(masses.shape)}, got {tuple(init.shape)}"
+        log_scaling, _ = as_tensor(
+            init, name="init", dtype=masses.dtype, device=masses.device
+        )
+        if log_scaling.shape != masses.shape:
+            msg = (
+                f"init must have shape {tuple(masses.shape)}, "
+                f"got {tuple(log_scaling.shape)}"
+            )
             raise InputError(msg)
-        log_scaling = init.to(dtype=masses.dtype, device=masses.device)
+        finite = torch.isfinite(log_scaling)
+        if not bool(finite.all()):
+            first = int(torch.nonzero(~finite)[0])
+            msg = (
+                f"init must be a finite log-scaling, but point {first} has "
+                f"{log_scaling[first].item()!r}. Pass None to start from lambda = 1"
+            )
+            raise InputError(msg)
 
     errors: list[float] = []
     n_iter = 0
