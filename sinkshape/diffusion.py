@@ -132,7 +132,7 @@ class DiffusionOperator:
 
         numpy input gives a numpy output; tensors stay on their device.
         """
-        if int(steps) != steps or steps < 0:
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             msg = f"steps must be a non-negative integer, got {steps!r}"
             raise InputError(msg)
 

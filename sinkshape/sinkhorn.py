@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,8 +94,9 @@ def default_tol(dtype: torch.dtype) -> float:
 
 def marginal_error(row_sums: torch.Tensor, masses: torch.Tensor) -> float:
     """Mass-weighted mean of |(Q 1)_i - 1| for the row sums (Q 1)_i."""
-    error = (masses * (row_sums - 1.0).abs()).sum() / masses.sum()
-    return float(error)
+    # Normalizing the masses first keeps the sum finite in float32 for any scale.
+    weights = masses / masses.sum()
+    return float((weights * (row_sums - 1.0).abs()).sum())
 
 
 def sinkhorn_scaling(
@@ -139,7 +141,7 @@ def sinkhorn_scaling(
     twice if needed.
     """
     tol = default_tol(masses.dtype) if tol is None else check_positive(tol, name="tol")
-    if int(max_iter) != max_iter or max_iter < 0:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 0:
         msg = f"max_iter must be a non-negative integer, got {max_iter!r}"
         raise InputError(msg)
     max_iter = int(max_iter)

@@ -71,10 +71,13 @@ def test_sparse_keeps_entries_above_truncation(kind):
     kernel = SparseKernel.from_points(points, 0.05, kind=kind, truncation=1e-6)
     dense = kernel.to_dense().numpy()
     stored = dense > 0
+    value_at_cutoff = reference_kernel(
+        np.array([[0.0], [cutoff_radius(0.05, kind, 1e-6)]]), 0.05, kind
+    )[0, 1]
 
     np.testing.assert_allclose(dense[stored], reference[stored], rtol=1e-12)
-    assert reference[~stored].max() < 1e-6
-    assert np.all(stored[reference > 1.001e-6])
+    assert reference[~stored].max() < value_at_cutoff
+    assert np.all(stored[reference > value_at_cutoff * 1.001])
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -95,13 +98,21 @@ def test_sparse_is_symmetric():
     assert torch.equal(dense, dense.T)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_cutoff_radius_is_truncation_level(kind):
-    radius = cutoff_radius(0.3, kind, 1e-6)
+def test_cutoff_radius_gaussian_tail():
+    # Fraction of a 3-D Gaussian's integral beyond R: erfc(r / sqrt 2) +
+    # sqrt(2 / pi) r exp(-r^2 / 2), with r = R / sigma.
+    r = cutoff_radius(0.3, "gaussian", 1e-6) / 0.3
+    tail = math.erfc(r / math.sqrt(2)) + math.sqrt(2 / math.pi) * r * math.exp(-r * r / 2)
 
-    value = reference_kernel(np.array([[0.0], [radius]]), 0.3, kind)[0, 1]
+    assert tail == pytest.approx(1e-6, rel=1e-6)
 
-    assert value == pytest.approx(1e-6, rel=1e-9)
+
+def test_cutoff_radius_exponential_tail():
+    # Fraction of a 3-D exponential kernel's integral beyond R: exp(-r) (1 + r + r^2 / 2).
+    r = cutoff_radius(0.3, "exponential", 1e-6) / 0.3
+    tail = math.exp(-r) * (1 + r + r * r / 2)
+
+    assert tail == pytest.approx(1e-6, rel=1e-6)
 
 
 @pytest.mark.parametrize("truncation", [0, 1, 2, -1e-6])
@@ -257,10 +268,7 @@ def relative_difference(actual, expected):
     ("kind", "sigma", "truncation"),
     [
         ("gaussian", 0.05, 1e-6),
-        # Truncation bounds the kernel value, not the dropped mass: in 3-D the
-        # exponential tail beyond the 1e-6 cutoff (13.8 sigma) contains about 1e-4 of
-        # a row's mass, so this comparison needs a smaller truncation.
-        ("exponential", 0.01, 1e-9),
+        ("exponential", 0.01, 1e-6),
     ],
 )
 def test_sparse_operator_matches_dense(cloud_2000, dtype, kind, sigma, truncation):
@@ -281,11 +289,8 @@ def test_sparse_operator_matches_dense(cloud_2000, dtype, kind, sigma, truncatio
     assert relative_difference(sparse @ signal, dense @ signal) < 1e-5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="default truncation drops about 1e-4 of an exponential row's mass in 3-D",
-)
 def test_sparse_exponential_default_truncation(cloud_2000):
+    # The default truncation drops 1e-6 of an exponential row's mass in 3-D.
     points = torch.tensor(cloud_2000)
     signal = torch.tensor(np.random.default_rng(8).normal(size=2000))
 
