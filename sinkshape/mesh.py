@@ -59,12 +59,14 @@ class Surface:
         return self.points.shape[0]
 
 
-def _is_pyvista(data) -> bool:
+def is_pyvista(data) -> bool:
+    """Whether ``data`` is a pyvista or VTK object."""
     module = type(data).__module__
     return module.startswith("pyvista") or module.startswith("vtkmodules")
 
 
-def _is_skshapes(data) -> bool:
+def is_skshapes(data) -> bool:
+    """Whether ``data`` is a scikit-shapes object."""
     return type(data).__module__.startswith("skshapes")
 
 
@@ -106,13 +108,13 @@ def as_surface(
     """
     source = data
     from_numpy = True
-    if _is_pyvista(data):
+    if is_pyvista(data):
         if data.n_points == 0:
             msg = "the mesh is empty: it has no points"
             raise InputError(msg)
         points = np.asarray(data.points, dtype=np.float64)
         triangles = pyvista_triangles(data) if triangles is None else triangles
-    elif _is_skshapes(data):
+    elif is_skshapes(data):
         points = data.points.detach()
         if triangles is None and getattr(data, "triangles", None) is not None:
             triangles = data.triangles.detach().cpu().numpy()

@@ -34,7 +34,13 @@ from sinkshape.diffusion import (
 )
 from sinkshape.errors import InputError
 from sinkshape.kernels import KernelKind
-from sinkshape.mesh import Surface, as_surface, enclosed_volume, flipped_triangles
+from sinkshape.mesh import (
+    Surface,
+    is_skshapes,
+    as_surface,
+    enclosed_volume,
+    flipped_triangles,
+)
 
 __all__ = [
     "DEFAULT_FILTER_ORDER",
@@ -263,7 +269,7 @@ def _sinkhorn_progress(enabled: bool, max_iter: int):
 
 def _output_mesh(surface: Surface):
     source = surface.source
-    if hasattr(source, "copy") and hasattr(source, "point_data"):
+    if hasattr(source, "copy") and hasattr(source, "point_data") and not is_skshapes(source):
         return source.copy(deep=True)
     import pyvista
 
@@ -457,6 +463,11 @@ def smooth_surface(
             report.flipped_ids[0],
         )
 
+    if is_skshapes(surface.source):
+        # A scikit-shapes PolyData gives a new PolyData with the same triangles.
+        output = surface.source.copy()
+        output.points = points.to(dtype=surface.source.points.dtype)
+        return output
     if surface.source is None or not hasattr(surface.source, "point_data"):
         if surface.from_numpy:
             return points.detach().cpu().numpy().astype(np.asarray(mesh).dtype, copy=False)

@@ -255,3 +255,16 @@ def test_diffusion_time_of_gaussian(plane):
     # The border of the plane diffuses less than its interior, so the mean is
     # a little below sigma^2 / 2.
     assert measured == pytest.approx(sigma**2 / 2, rel=0.1)
+
+
+def test_skshapes_surface_round_trip(aorta):
+    skshapes = pytest.importorskip("skshapes")
+    shape = skshapes.PolyData(aorta)
+    smoothed = smooth_surface(shape, 2.0)
+    expected = smooth_surface(aorta, 2.0)
+
+    assert isinstance(smoothed, skshapes.PolyData)
+    assert torch.equal(smoothed.triangles, shape.triangles)
+    # skshapes stores float32 points, so the solve runs in float32 (tol 1e-5)
+    # while the pyvista path runs in float64.
+    assert np.abs(smoothed.points.numpy() - expected.points).max() < 0.01
