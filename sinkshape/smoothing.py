@@ -14,6 +14,10 @@ steps = ceil(sigma^2 / (2 tau)) and alpha = sigma^2 / (2 tau steps) <= 1, so tha
 the total time is sigma^2 / 2. P keeps every property of Q (self-adjoint for the
 masses, keeps constants and mass, non-negative, spectrum in [0, 1]). The rule
 holds while sigma is small next to the radius of curvature of the surface.
+
+Each step is computed as f - alpha (diag(Q 1) - Q) f, which equals P f when
+Q 1 = 1 and otherwise keeps constants and total mass exactly instead of within
+the Sinkhorn tolerance; kernel backends use alpha = 1.
 """
 
 from __future__ import annotations
@@ -172,6 +176,7 @@ class Smoother:
             if bar is not None:
                 bar.close()
 
+        self._row_sums = self.operator.apply(torch.ones_like(self.operator.masses))
         self._schedule = self._make_schedule()
         logger.info(
             "Smoother: backend %s, %d Sinkhorn iterations, marginal error %.2g, "
@@ -204,10 +209,13 @@ class Smoother:
         return self._schedule.alpha
 
     def _step(self, f: torch.Tensor) -> torch.Tensor:
+        # f - alpha (diag(Q 1) - Q) f: the Laplacian diag(Q 1) - Q sums to zero
+        # on every row, so constants and the total mass <m, f> are kept exactly,
+        # not only within the Sinkhorn tolerance. It stays self-adjoint for the
+        # masses, because M Q is symmetric.
         q_f = self.operator.apply(f)
-        if self.alpha == 1.0:
-            return q_f
-        return f + self.alpha * (q_f - f)
+        row_sums = self._row_sums if f.ndim == 1 else self._row_sums[:, None]
+        return f + self.alpha * (q_f - row_sums * f)
 
     def diffuse(self, f: torch.Tensor, *, repeats: int = 1) -> torch.Tensor:
         """Apply the diffusion at scale sigma ``repeats`` times to a tensor signal."""
