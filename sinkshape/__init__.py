@@ -2,6 +2,7 @@
 
 from sinkshape.diffusion import DiffusionOperator, diffusion_operator, make_kernel
 from sinkshape.errors import InputError
+from sinkshape.keops import KeOpsKernel
 from sinkshape.kernels import DenseKernel, Kernel, SparseKernel, mesh_graph_kernel
 from sinkshape.sinkhorn import (
     SinkhornConvergenceWarning,
@@ -15,6 +16,7 @@ __all__ = [
     "DenseKernel",
     "DiffusionOperator",
     "InputError",
+    "KeOpsKernel",
     "Kernel",
     "SinkhornConvergenceWarning",
     "SinkhornResult",

@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 Backend = Literal["auto", "dense", "sparse", "graph", "keops"]
 
 #: Largest point cloud for which ``backend="auto"`` builds a dense kernel on the CPU.
-#: A dense float64 kernel of this size takes 128 MB.
+#: A dense float64 kernel of this size stores two 4000 x 4000 matrices (K and
+#: log K), 256 MB.
 AUTO_DENSE_MAX_POINTS = 4000
 
 
@@ -121,9 +122,8 @@ class DiffusionOperator:
         return self.result.n_iter
 
     def _apply_tensor(self, f: torch.Tensor) -> torch.Tensor:
-        weights = self._scaling * self.masses * self._scaling
         if f.ndim == 1:
-            return self._scaling * self.kernel.matvec(weights / self._scaling * f)
+            return self._scaling * self.kernel.matvec(self.masses * self._scaling * f)
         right = (self.masses * self._scaling)[:, None] * f
         return self._scaling[:, None] * self.kernel.matvec(right)
 
@@ -222,24 +222,19 @@ class DiffusionOperator:
         )
 
 
-def _has_keops() -> bool:
-    try:
-        import pykeops  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def choose_backend(n_points: int, device: torch.device, *, triangles=None) -> str:
+def choose_backend(n_points: int, device: torch.device) -> str:
     """Pick a backend for ``backend="auto"``.
 
     Dense up to :data:`AUTO_DENSE_MAX_POINTS` points; beyond, KeOps on CUDA when
-    pykeops imports, otherwise the sparse truncated kernel on the CPU.
+    it compiles there, otherwise the sparse truncated kernel.
     """
     if n_points <= AUTO_DENSE_MAX_POINTS:
         return "dense"
-    if device.type == "cuda" and _has_keops():
-        return "keops"
+    if device.type == "cuda":
+        from sinkshape.keops import keops_available
+
+        if keops_available(device):
+            return "keops"
     return "sparse"
 
 
