@@ -62,11 +62,19 @@ def as_tensor(
     return tensor, from_numpy
 
 
-def check_points(points, *, name: str = "points", **kwargs) -> tuple[torch.Tensor, bool]:
+def check_points(
+    points,
+    *,
+    name: str = "points",
+    require_finite: bool = True,
+    fix: str = "remove them or repair the mesh",
+    **kwargs,
+) -> tuple[torch.Tensor, bool]:
     """Convert ``points`` to an (N, D) tensor of finite coordinates.
 
     Raises an :class:`InputError` that names the first vertex with a NaN or an
-    infinite coordinate.
+    infinite coordinate and ends with ``fix``. With ``require_finite=False``
+    such vertices pass, for callers that drop them.
     """
     tensor, from_numpy = as_tensor(points, name=name, **kwargs)
     if tensor.ndim == 1:
@@ -74,6 +82,8 @@ def check_points(points, *, name: str = "points", **kwargs) -> tuple[torch.Tenso
     if tensor.ndim != 2 or tensor.shape[0] == 0:
         msg = f"{name} must have shape (N, D) with N >= 1, got shape {tuple(tensor.shape)}"
         raise InputError(msg)
+    if not require_finite:
+        return tensor, from_numpy
 
     finite = torch.isfinite(tensor).all(dim=1)
     if not bool(finite.all()):
@@ -81,8 +91,7 @@ def check_points(points, *, name: str = "points", **kwargs) -> tuple[torch.Tenso
         first = int(bad[0])
         msg = (
             f"{name}: vertex {first} has a non-finite coordinate "
-            f"{tensor[first].tolist()} ({bad.numel()} such vertices in all); "
-            "remove them or repair the mesh"
+            f"{tensor[first].tolist()} ({bad.numel()} such vertices in all); {fix}"
         )
         raise InputError(msg)
     return tensor, from_numpy

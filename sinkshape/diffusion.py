@@ -284,6 +284,9 @@ def make_kernel(
         if triangles is None:
             msg = "backend='graph' needs triangles; use 'sparse' for a point cloud"
             raise InputError(msg)
+        if sigma is not None:
+            # The graph kernel has no bandwidth, but a sigma <= 0, NaN or inf is a mistake.
+            check_sigma(sigma)
         return mesh_graph_kernel(x, triangles)
 
     sigma = check_sigma(sigma)

@@ -40,10 +40,11 @@ from sinkshape.errors import InputError
 from sinkshape.kernels import KernelKind
 from sinkshape.mesh import (
     Surface,
-    is_skshapes,
     as_surface,
     enclosed_volume,
     flipped_triangles,
+    is_skshapes,
+    to_pyvista,
 )
 
 __all__ = [
@@ -101,6 +102,9 @@ class Smoother:
     the ``"dense"``, ``"sparse"`` and ``"keops"`` backends the Gaussian or
     exponential kernel of bandwidth sigma is applied once per step.
 
+    On a mesh, vertices that no triangle uses are left out of the operator and
+    keep their values and positions (``fixed_ids``), with a logged warning.
+
     Parameters
     ----------
     data : pyvista.PolyData, skshapes.PolyData or array-like
@@ -116,6 +120,11 @@ class Smoother:
         For array input; masses default to lumped vertex areas on meshes.
     tol, max_iter : optional
         Sinkhorn stopping rule.
+    drop_invalid : bool
+        Drop vertices with a NaN or infinite coordinate, and their triangles,
+        instead of raising an :class:`InputError`; see
+        :func:`sinkshape.mesh.as_surface`. Signals then live on
+        ``surface.points``, and ``surface.input_ids`` maps them to the input.
     dtype, device : optional
         Type and device of the computation; float64 on the CPU for meshes.
     progress_bar : bool
@@ -125,6 +134,10 @@ class Smoother:
     ----------
     surface : Surface
     operator : DiffusionOperator
+        The normalized kernel on the smoothed points: every point of a cloud,
+        and on a mesh the vertices that triangles use.
+    fixed_ids : numpy.ndarray
+        Points that smoothing leaves unchanged because no triangle uses them.
     backend : str
         The backend used, after ``"auto"`` was resolved.
     steps : int
@@ -144,33 +157,37 @@ class Smoother:
         masses=None,
         tol: float | None = None,
         max_iter: int = 100,
+        drop_invalid: bool = False,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         progress_bar: bool = False,
     ) -> None:
         self.sigma = check_sigma(sigma)
         self.surface: Surface = as_surface(
-            data, triangles=triangles, masses=masses, dtype=dtype, device=device
+            data,
+            triangles=triangles,
+            masses=masses,
+            drop_invalid=drop_invalid,
+            dtype=dtype,
+            device=device,
         )
-        x = self.surface.points
+        x, triangles, masses = self._smoothed_part()
 
         if backend == "auto":
-            if self.surface.triangles is not None:
+            if triangles is not None:
                 backend = "graph"
             else:
                 backend = choose_backend(x.shape[0], x.device)
-        if backend == "graph" and self.surface.triangles is None:
+        if backend == "graph" and triangles is None:
             msg = "backend='graph' needs a mesh with triangles; use 'sparse' for a point cloud"
             raise InputError(msg)
         self.backend = backend
 
-        kernel = make_kernel(
-            x, self.sigma, kind=kind, backend=backend, triangles=self.surface.triangles
-        )
+        kernel = make_kernel(x, self.sigma, kind=kind, backend=backend, triangles=triangles)
         callback, bar = _sinkhorn_progress(progress_bar, max_iter)
         try:
             self.operator = DiffusionOperator(
-                kernel, self.surface.masses, tol=tol, max_iter=max_iter, callback=callback
+                kernel, masses, tol=tol, max_iter=max_iter, callback=callback
             )
         finally:
             if bar is not None:
@@ -188,10 +205,42 @@ class Smoother:
             self.alpha,
         )
 
+    def _smoothed_part(self):
+        """Find the vertices that smoothing moves; return their points, triangles, masses.
+
+        Vertices that no triangle uses go to ``fixed_ids`` and are left out of
+        the operator, so that they keep their values and positions whatever the
+        backend.
+        """
+        surface = self.surface
+        self.fixed_ids = surface.unreferenced_ids
+        self._smoothed_ids = None
+        if len(self.fixed_ids) == 0:
+            return surface.points, surface.triangles, surface.masses
+
+        logger.warning(
+            "%d vertices are used by no triangle (first ids: %s); smoothing keeps "
+            "their values and positions",
+            len(self.fixed_ids),
+            self.fixed_ids[:5].tolist(),
+        )
+        smoothed_ids = np.setdiff1d(np.arange(surface.n_points), self.fixed_ids)
+        new_ids = np.full(surface.n_points, -1, dtype=np.int64)
+        new_ids[smoothed_ids] = np.arange(len(smoothed_ids))
+        self._smoothed_ids = torch.from_numpy(smoothed_ids).to(surface.points.device)
+        return (
+            surface.points[self._smoothed_ids],
+            new_ids[surface.triangles],
+            surface.masses[self._smoothed_ids],
+        )
+
     def _make_schedule(self) -> _Schedule:
         if self.backend != "graph":
             return _Schedule(steps=1, alpha=1.0)
-        tau = diffusion_time(self.operator, self.surface.points)
+        points = self.surface.points
+        if self._smoothed_ids is not None:
+            points = points[self._smoothed_ids]
+        tau = diffusion_time(self.operator, points)
         target = self.sigma**2 / 2.0
         if tau <= 0:
             return _Schedule(steps=0, alpha=0.0)
@@ -230,13 +279,23 @@ class Smoother:
         if tensor.ndim not in (1, 2) or tensor.shape[0] != n:
             msg = f"signal must have shape ({n},) or ({n}, C), got {tuple(tensor.shape)}"
             raise InputError(msg)
-        if not bool(torch.isfinite(tensor).all()):
-            msg = "signal has NaN or infinite values; fill or drop them first"
+        finite = torch.isfinite(tensor) if tensor.ndim == 1 else torch.isfinite(tensor).all(dim=1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten()
+            msg = (
+                f"signal has a NaN or infinite value at point {int(bad[0])} "
+                f"({bad.numel()} such points in all); fill or drop them first"
+            )
             raise InputError(msg)
 
         out_dtype = tensor.dtype
         tensor = tensor.to(dtype=self.operator.kernel.dtype, device=self.operator.kernel.device)
-        smoothed = self.diffuse(tensor, repeats=repeats).to(out_dtype)
+        if self._smoothed_ids is None:
+            smoothed = self.diffuse(tensor, repeats=repeats)
+        else:
+            moving = self.diffuse(tensor[self._smoothed_ids], repeats=repeats)
+            smoothed = tensor.index_copy(0, self._smoothed_ids, moving)
+        smoothed = smoothed.to(out_dtype)
         return smoothed.detach().cpu().numpy() if from_numpy else smoothed
 
     def smooth_points(self, *, order: int = DEFAULT_FILTER_ORDER) -> torch.Tensor:
@@ -252,12 +311,15 @@ class Smoother:
             msg = f"order must be a positive integer, got {order!r}"
             raise InputError(msg)
 
-        x = self.surface.points.to(self.operator.kernel.dtype)
+        points = self.surface.points.to(self.operator.kernel.dtype)
+        x = points if self._smoothed_ids is None else points[self._smoothed_ids]
         center = (self.operator.masses[:, None] * x).sum(0) / self.operator.masses.sum()
         residual = x - center
         for _ in range(int(order)):
             residual = residual - self.diffuse(residual)
-        return x - residual
+        if self._smoothed_ids is None:
+            return x - residual
+        return points.index_copy(0, self._smoothed_ids, x - residual)
 
 
 def _sinkhorn_progress(enabled: bool, max_iter: int):
@@ -273,19 +335,6 @@ def _sinkhorn_progress(enabled: bool, max_iter: int):
             bar.update(1)
 
     return callback, bar
-
-
-def _output_mesh(surface: Surface):
-    source = surface.source
-    if hasattr(source, "copy") and hasattr(source, "point_data") and not is_skshapes(source):
-        return source.copy(deep=True)
-    import pyvista
-
-    points = surface.points.detach().cpu().numpy()
-    if surface.triangles is None:
-        return pyvista.PolyData(points)
-    faces = np.column_stack([np.full(len(surface.triangles), 3), surface.triangles])
-    return pyvista.PolyData(points, faces.ravel())
 
 
 def _record(mesh, smoother: Smoother, **extra) -> None:
@@ -360,10 +409,23 @@ def smooth_signal(data, signal, sigma, *, repeats: int = 1, **options):
     numpy.ndarray or torch.Tensor
         The smoothed signal, numpy for numpy input. Its total mass
         sum_i m_i f_i is the input's, within the solver's tolerance times the
-        signal's magnitude.
+        signal's magnitude. With ``drop_invalid=True``, a signal given on the
+        input's points comes back on the remaining points only.
     """
     smoother = Smoother(data, sigma, **options)
-    return smoother.smooth(signal, repeats=repeats)
+    return smoother.smooth(_on_surface(signal, smoother.surface), repeats=repeats)
+
+
+def _on_surface(values, surface: Surface):
+    """Return the rows of ``values`` at the surface's points, if points were dropped."""
+    if surface.input_ids is None:
+        return values
+    if not isinstance(values, torch.Tensor):
+        values = np.asarray(values)
+    n_input = surface.n_points + len(surface.dropped_ids)
+    if values.ndim >= 1 and values.shape[0] == n_input:
+        return values[surface.input_ids]
+    return values
 
 
 def smooth_point_data(mesh, sigma, names=None, *, repeats: int = 1, **options):
@@ -397,13 +459,17 @@ def smooth_point_data(mesh, sigma, names=None, *, repeats: int = 1, **options):
         raise InputError(msg)
 
     smoother = Smoother(mesh, sigma, **options)
-    output = _output_mesh(smoother.surface)
+    output = to_pyvista(smoother.surface)
     for name in names:
-        values = np.asarray(mesh.point_data[name])
+        values = _on_surface(np.asarray(mesh.point_data[name]), smoother.surface)
         if not np.issubdtype(values.dtype, np.number):
             msg = f"point array {name!r} has dtype {values.dtype}; only numbers can be smoothed"
             raise InputError(msg)
-        smoothed = smoother.smooth(values.astype(np.float64), repeats=repeats)
+        try:
+            smoothed = smoother.smooth(values.astype(np.float64), repeats=repeats)
+        except InputError as error:
+            msg = f"point array {name!r}: {error}"
+            raise InputError(msg) from error
         output.point_data[name] = smoothed.astype(
             values.dtype if np.issubdtype(values.dtype, np.floating) else np.float64
         )
@@ -453,10 +519,12 @@ def smooth_surface(
     Returns
     -------
     pyvista.PolyData, numpy.ndarray or torch.Tensor
-        A new mesh with the input's point arrays for mesh input, with the
-        solver's figures in ``field_data`` (``sinkshape_iterations``,
+        A new mesh with the input's cells and point arrays for mesh input, with
+        the solver's figures in ``field_data`` (``sinkshape_iterations``,
         ``sinkshape_marginal_error``, ``sinkshape_volume_change``); smoothed
-        points for array input.
+        points for array input. With ``drop_invalid=True``, dropped vertices and
+        the cells that use them are not in the output (see
+        :func:`sinkshape.mesh.to_pyvista`).
     """
     smoother = Smoother(mesh, sigma, **options)
     points = smoother.smooth_points(order=order)
@@ -473,15 +541,18 @@ def smooth_surface(
 
     if is_skshapes(surface.source):
         # A scikit-shapes PolyData gives a new PolyData with the same triangles.
+        points = points.to(dtype=surface.source.points.dtype)
+        if surface.input_ids is not None:
+            return type(surface.source)(points, triangles=torch.as_tensor(surface.triangles))
         output = surface.source.copy()
-        output.points = points.to(dtype=surface.source.points.dtype)
+        output.points = points
         return output
     if surface.source is None or not hasattr(surface.source, "point_data"):
         if surface.from_numpy:
             return points.detach().cpu().numpy().astype(np.asarray(mesh).dtype, copy=False)
         return points.to(surface.points.dtype)
 
-    output = _output_mesh(surface)
+    output = to_pyvista(surface)
     output.points = points.detach().cpu().numpy().astype(output.points.dtype)
     _record(
         output,

@@ -1,4 +1,8 @@
-"""Hypothesis properties of the operator on random graphs, clouds and masses."""
+"""Hypothesis properties of the operator on random graphs, clouds, meshes and masses."""
+
+import contextlib
+import logging
+import warnings
 
 import numpy as np
 import scipy.sparse
@@ -7,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from sinkshape import DenseKernel, DiffusionOperator, SparseKernel
+from sinkshape import DenseKernel, DiffusionOperator, SparseKernel, mesh_graph_kernel
+from sinkshape.mesh import MeshWarning, as_surface
+from sinkshape.smoothing import Smoother
 
 # Each example solves a problem of at most 30 points, so these stay fast.
 PROPERTY_SETTINGS = settings(max_examples=40, deadline=None)
@@ -162,3 +168,98 @@ def test_float32_matches_float64(cloud):
 
     assert single.result.converged
     assert mean_difference <= 1e-4
+
+
+# --- meshes with defects, clouds with duplicates, and the smoothing step -----------------
+
+
+@st.composite
+def triangle_meshes(draw):
+    """Draw points on an integer grid and random triangles over them.
+
+    The grid makes duplicate points likely; random index triples give repeated
+    vertices, zero-area triangles, unused vertices and non-manifold edges.
+    """
+    n_points = draw(st.integers(min_value=3, max_value=15))
+    points = draw(arrays(np.float64, (n_points, 3), elements=st.integers(0, 4).map(float)))
+    n_triangles = draw(st.integers(min_value=1, max_value=20))
+    triangles = draw(
+        arrays(np.int64, (n_triangles, 3), elements=st.integers(0, n_points - 1))
+    )
+    return points, triangles
+
+
+@st.composite
+def clouds_with_duplicates(draw):
+    points, sigma, kind = draw(point_clouds())
+    copies = draw(
+        arrays(np.int64, draw(st.integers(1, 5)), elements=st.integers(0, len(points) - 1))
+    )
+    return np.vstack([points, points[copies]]), sigma, kind
+
+
+@contextlib.contextmanager
+def quiet_mesh_checks():
+    """Silence the warnings that defective meshes raise and log by design."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MeshWarning)
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+@PROPERTY_SETTINGS
+@given(triangle_meshes())
+def test_defective_mesh_masses_positive(mesh):
+    with quiet_mesh_checks():
+        masses = as_surface(mesh[0], triangles=mesh[1]).masses.numpy()
+
+    assert np.isfinite(masses).all()
+    assert masses.min() > 0.0
+
+
+@PROPERTY_SETTINGS
+@given(triangle_meshes(), st.data())
+def test_defective_mesh_graph_operator(mesh, data):
+    with quiet_mesh_checks():
+        surface = as_surface(mesh[0], triangles=mesh[1])
+    kernel = mesh_graph_kernel(surface.points, surface.triangles)
+    _, signal = data.draw(masses_and_signals(surface.n_points))
+
+    check_operator(kernel, surface.masses.numpy(), signal)
+
+
+@PROPERTY_SETTINGS
+@given(clouds_with_duplicates(), st.data())
+def test_duplicate_cloud_operator_properties(cloud, data):
+    points, sigma, kind = cloud
+    masses, signal = data.draw(masses_and_signals(len(points)))
+    backend = data.draw(st.sampled_from([SparseKernel, DenseKernel]))
+
+    check_operator(backend.from_points(points, sigma, kind=kind), masses, signal)
+
+
+@PROPERTY_SETTINGS
+@given(triangle_meshes(), bounded_floats(0.1, 3.0))
+def test_smoothing_step_properties(mesh, sigma):
+    points, triangles = mesh
+    with quiet_mesh_checks():
+        smoother = Smoother(points, sigma, triangles=triangles, backend="graph")
+    n = smoother.surface.n_points
+    masses = smoother.surface.masses.numpy()
+
+    # Column j of P is the smoothing of the j-th unit vector.
+    p = smoother.smooth(np.eye(n))
+    mass_p = masses[:, None] * p
+
+    assert np.isfinite(p).all()
+    assert p.min() >= -1e-12
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(masses @ p, masses, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(mass_p, mass_p.T, rtol=0, atol=1e-12 * masses.max())
+    # Vertices that no triangle uses keep their values and affect no other vertex.
+    fixed = smoother.fixed_ids
+    np.testing.assert_array_equal(p[fixed], np.eye(n)[fixed])
+    np.testing.assert_array_equal(p[:, fixed], np.eye(n)[:, fixed])

@@ -3,7 +3,8 @@
 Each subcommand lives in its own module with two functions:
 ``add_parser(subparsers)`` declares its options and ``run(args) -> int`` runs it.
 Invalid input (:class:`sinkshape.errors.InputError`, a missing or unreadable file)
-prints one line on stderr and exits with status 2.
+prints one line on stderr and exits with status 2. Each Python warning, such as a
+:class:`sinkshape.mesh.MeshWarning`, prints one line on stderr too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 from sinkshape.errors import InputError
 
@@ -64,8 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        # One line without the source line that the default format appends.
+        text = " ".join(str(message).split())
+        print(f"sinkshape {args.command}: warning: {text}", file=sys.stderr)
+
     try:
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return int(args.run(args) or 0)
     except (InputError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
         print(f"sinkshape {args.command}: error: {error}", file=sys.stderr)
         return EXIT_INPUT_ERROR

@@ -80,6 +80,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--max-iter", type=int, default=100, help="maximum Sinkhorn iterations (default: 100)"
     )
+    parser.add_argument(
+        "--drop-invalid",
+        action="store_true",
+        help="drop vertices with a NaN or infinite coordinate and the cells that use "
+        "them, instead of stopping with an error; the output then has the point "
+        "array vtkOriginalPointIds, each point's index in INPUT",
+    )
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument(
         "--progress", dest="progress", action="store_true", default=None,
@@ -114,6 +121,7 @@ def _check_arguments(args) -> float:
 def run(args: argparse.Namespace) -> int:
     """Run ``sinkshape smooth``; return the exit status."""
     from sinkshape.io import check_output_path, read_mesh, write_mesh
+    from sinkshape.mesh import to_pyvista
     from sinkshape.smoothing import DEFAULT_FILTER_ORDER, Smoother
 
     sigma = _check_arguments(args)
@@ -138,19 +146,25 @@ def run(args: argparse.Namespace) -> int:
         kind=args.kind,
         tol=args.tol,
         max_iter=args.max_iter,
+        drop_invalid=args.drop_invalid,
         progress_bar=progress,
     )
-    output = mesh.copy(deep=True)
+    # A copy of the input, without the dropped vertices and their cells if any.
+    output = to_pyvista(smoother.surface)
     for name in args.arrays:
-        values = np.asarray(mesh.point_data[name])
+        values = np.asarray(output.point_data[name])
         if not np.issubdtype(values.dtype, np.number):
             msg = f"point array {name!r} has dtype {values.dtype}; only numbers can be smoothed"
             raise InputError(msg)
-        smoothed = smoother.smooth(values.astype(np.float64), repeats=args.steps)
+        try:
+            smoothed = smoother.smooth(values.astype(np.float64), repeats=args.steps)
+        except InputError as error:
+            msg = f"point array {name!r}: {error}"
+            raise InputError(msg) from error
         output.point_data[name] = smoothed.astype(np.result_type(values.dtype, np.float32))
 
     lines = [
-        f"{mesh.n_points} points, backend {smoother.backend}: "
+        f"{smoother.surface.n_points} points, backend {smoother.backend}: "
         f"{smoother.operator.n_iter} Sinkhorn iterations, marginal error "
         f"{smoother.operator.marginal_error:.2e}, {smoother.steps} diffusion steps per sigma"
     ]
