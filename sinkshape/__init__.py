@@ -4,6 +4,7 @@ from sinkshape.diffusion import DiffusionOperator, diffusion_operator, make_kern
 from sinkshape.errors import InputError
 from sinkshape.keops import KeOpsKernel
 from sinkshape.kernels import DenseKernel, Kernel, SparseKernel, mesh_graph_kernel
+from sinkshape.mesh import MeshWarning
 from sinkshape.sinkhorn import (
     SinkhornConvergenceWarning,
     SinkhornResult,
@@ -18,6 +19,7 @@ __all__ = [
     "InputError",
     "KeOpsKernel",
     "Kernel",
+    "MeshWarning",
     "SinkhornConvergenceWarning",
     "SinkhornResult",
     "SparseKernel",

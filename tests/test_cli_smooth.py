@@ -82,12 +82,14 @@ def bad_input_cases(tmp_path):
     garbage.write_bytes(b"not a mesh at all\n" * 10)
     empty = tmp_path / "empty.vtp"
     pv.PolyData().save(empty)
+    unknown_extension = tmp_path / "aorta.xyz"
+    shutil.copy(aorta, unknown_extension)
     return {
         "missing input": ([tmp_path / "absent.vtp", "--sigma", "2"], "absent.vtp"),
         "unreadable file": ([garbage, "--sigma", "2"], "garbage.vtp"),
         "empty mesh": ([empty, "--sigma", "2"], "empty.vtp"),
         "lines only": ([datasets.fetch("aorta-centerline"), "--sigma", "2"], "polygons"),
-        "unknown extension": ([aorta.with_suffix(".xyz"), "--sigma", "2"], ".xyz"),
+        "unknown extension": ([unknown_extension, "--sigma", "2"], "extension '.xyz'"),
         "zero sigma": ([aorta, "--sigma", "0"], "--sigma"),
         "negative sigma": ([aorta, "--sigma=-1"], "--sigma"),
         "nan sigma": ([aorta, "--sigma", "nan"], "--sigma"),
