@@ -158,14 +158,25 @@ def displacement_grid(
     origin = lower - 0.5 * ((np.array(shape) - 1) * spacing - extent)
     spacings = np.full(3, float(spacing))
     positions = grid_points(origin, spacings, shape)
-    moved = np.asarray(transform(positions), dtype=np.float64)
-    if moved.shape != positions.shape:
-        msg = f"transform returned shape {moved.shape} for {positions.shape} points"
-        raise InputError(msg)
+    # Chunks bound the memory of transforms that build a kernel between the grid
+    # points and the control points.
+    chunks = []
+    for start in range(0, len(positions), _TRANSFORM_CHUNK_POINTS):
+        chunk = positions[start : start + _TRANSFORM_CHUNK_POINTS]
+        moved_chunk = np.asarray(transform(chunk), dtype=np.float64)
+        if moved_chunk.shape != chunk.shape:
+            msg = f"transform returned shape {moved_chunk.shape} for {chunk.shape} points"
+            raise InputError(msg)
+        chunks.append(moved_chunk)
+    moved = np.concatenate(chunks)
 
     displacement = (moved - positions).reshape(*shape, 3)
     logger.info("sampled the deformation on a %s grid with spacing %.3g", shape, spacing)
     return DisplacementGrid(displacement=displacement, origin=origin, spacing=spacings)
+
+
+#: Grid points passed to the transform at once.
+_TRANSFORM_CHUNK_POINTS = 8192
 
 
 def _finest_spacing(extent: np.ndarray, max_points: int) -> float:

@@ -102,9 +102,8 @@ def register_with_sinkshape(
 
 def _as_mesh(polydata):
     """Return ``polydata`` in a type that ``register`` reads with its triangles."""
-    # NOTE: sinkshape.mesh.as_surface lists vtkPolyData among its inputs but reads
-    # it through pyvista attributes (n_points), so a plain vtkPolyData fails there;
-    # pyvista.wrap makes a pyvista.PolyData that shares the arrays.
+    # pyvista.wrap makes a pyvista.PolyData that shares the arrays, which register
+    # can decimate for its loss.
     import pyvista
 
     return pyvista.wrap(polydata)
