@@ -20,7 +20,7 @@ from sinkshape.errors import InputError
 __all__ = ["main"]
 
 #: Subcommand modules, imported when the parser is built.
-SUBCOMMANDS = ("smooth", "register")
+SUBCOMMANDS = ("smooth", "register", "bench")
 
 EXIT_INPUT_ERROR = 2
 
