@@ -21,9 +21,10 @@ diffusion exp(-t Delta) computed by 16 implicit steps of t / 16 with the same
 cotangent Laplacian, in the relative L2 norm weighted by the lumped masses.
 
 Time is wall-clock time (``time.perf_counter``). Memory is the peak resident
-set size of the process (``VmHWM`` in ``/proc/self/status`` on Linux, reset at
-the start of each stage through ``/proc/self/clear_refs``), imports and the
-loaded mesh included.
+set size of the process, imports and the loaded mesh included: ``VmHWM`` in
+``/proc/self/status``, reset at the start of each outermost stage through
+``/proc/self/clear_refs`` (Linux). Elsewhere it falls back to ``ru_maxrss``,
+which is never reset, so each stage then reports the peak so far.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def add_parser(subparsers) -> None:
         default=",".join(str(size) for size in DEFAULT_SIZES),
         help="comma-separated numbers of vertices (default: %(default)s)",
     )
+
     parser.add_argument(
         "--method",
         dest="methods",
@@ -90,6 +92,7 @@ def add_parser(subparsers) -> None:
         choices=METHODS,
         help="method to run (repeat for several; default: all)",
     )
+
     parser.add_argument(
         "--sigma-edges",
         type=float,
@@ -118,12 +121,14 @@ def add_parser(subparsers) -> None:
         help="torch threads in each run (default: 1; scipy's LU and sparse products "
         "use one core)",
     )
+
     parser.add_argument(
         "--gaussian-max-points",
         type=int,
         default=None,
-        help="skip Gaussian runs with a truncation below 1e-4 above this many "
-        "vertices, whose pairs need more than 8 GB at 1M vertices (default: none)",
+        help="skip Gaussian runs whose truncation is below 1e-4 above this many "
+        "vertices, to bound memory: at truncation 1e-6 and 500,000 vertices a run "
+        "peaked at 3 to 4.5 GB (default: no limit)",
     )
     parser.add_argument(
         "--skshapes-max-points",
@@ -132,6 +137,7 @@ def add_parser(subparsers) -> None:
         help="skip scikit-shapes above this many vertices: its dense sums cost "
         "O(N^2) (default: %(default)s)",
     )
+
     parser.add_argument(
         "--no-reference",
         action="store_true",
@@ -144,6 +150,7 @@ def add_parser(subparsers) -> None:
         help="seconds after which a run is stopped and recorded as timed out "
         "(default: %(default)s)",
     )
+
     parser.add_argument(
         "--work-dir",
         default="sinkshape-bench",
@@ -291,7 +298,7 @@ def aorta_mesh(n_points: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cached_mesh(surface: str, n_points: int, work_dir: Path) -> Path:
-    """Build the benchmark mesh once and return the .npz file that holds it."""
+    """Build the benchmark mesh once and return the .npz file that contains it."""
     path = work_dir / f"{surface}-{n_points}.npz"
     if path.exists():
         return path
