@@ -270,10 +270,10 @@ class SparseKernel(Kernel):
 
     :meth:`from_points` and :func:`mesh_graph_kernel` store each off-diagonal
     pair once, with the diagonal apart, and compute K v as
-    diag(K) v + U v + U^T v for the strict upper part U: half the memory of
-    both triangles, and no sort of the pairs. Their ``rows``, ``cols``,
-    ``values`` and ``log_values`` list the diagonal, then each pair (i, j),
-    then each pair (j, i); they are assembled on first use.
+    diag(K) v + U v + U^T v for the strict upper part U. This takes half the
+    memory of both triangles and needs no sort of the pairs. Their ``rows``,
+    ``cols``, ``values`` and ``log_values`` list the diagonal, then each pair
+    (i, j), then each pair (j, i); they are assembled on first use.
 
     Parameters
     ----------
