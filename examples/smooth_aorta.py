@@ -1,7 +1,7 @@
 """Smooth a noisy signal and the surface of the vmtk aorta, and picture the result.
 
 Run from the repository root, with ``SINKSHAPE_DATA_DIR`` naming the folder that
-holds ``vmtk_aorta/`` (otherwise the files are downloaded on first use)::
+contains ``vmtk_aorta/`` (otherwise the files are downloaded on first use)::
 
     python examples/smooth_aorta.py --output-dir sinkshape-demo
 

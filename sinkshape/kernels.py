@@ -110,7 +110,7 @@ def log_kernel_of_distance(
 
 
 def cutoff_radius(sigma: float, kind: KernelKind, truncation: float) -> float:
-    """Distance beyond which a kernel holds a fraction ``truncation`` of its integral.
+    """Distance beyond which a kernel contains a fraction ``truncation`` of its integral.
 
     The fraction is that of the kernel's integral over 3-D space, so it bounds
     the mass that truncation drops from a row in a uniform 3-D cloud; on a
@@ -209,8 +209,8 @@ class DenseKernel(Kernel):
             return super().log_matvec(log_v)
 
         # A matrix product on exp(log_v - max) is exact unless a row's sum falls
-        # into the subnormal range; only such rows take the N-term log-sum-exp,
-        # which costs several times the product.
+        # into the subnormal range. Only such rows take the N-term log-sum-exp,
+        # because it costs several times the product.
         shift = log_v.detach().max()
         sums = self._matrix @ torch.exp(log_v - shift)
 
@@ -406,7 +406,7 @@ class SparseKernel(Kernel):
         """Build a truncated Gaussian or exponential kernel of a point cloud.
 
         Pairs farther apart than :func:`cutoff_radius` are dropped: the tail
-        beyond it holds a fraction ``truncation`` of the kernel's 3-D integral.
+        beyond it contains a fraction ``truncation`` of the kernel's 3-D integral.
         Neighbours come from :func:`sinkshape.neighbors.neighbor_pairs` on the
         CPU, and the pairs are stored with the points in its spatial order.
         """

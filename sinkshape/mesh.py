@@ -101,7 +101,7 @@ class Surface:
 
 
 def is_pyvista(data) -> bool:
-    """Whether ``data`` is a pyvista or VTK object."""
+    """Return whether ``data`` is a pyvista or VTK object."""
     module = type(data).__module__
     return module.startswith("pyvista") or module.startswith("vtkmodules")
 
@@ -122,7 +122,7 @@ def _as_pyvista_polydata(data):
 
 
 def is_skshapes(data) -> bool:
-    """Whether ``data`` is a scikit-shapes object."""
+    """Return whether ``data`` is a scikit-shapes object."""
     return type(data).__module__.startswith("skshapes")
 
 

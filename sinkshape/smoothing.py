@@ -13,7 +13,7 @@ operator P = (1 - alpha) I + alpha Q exactly ``steps`` times, with
 steps = ceil(sigma^2 / (2 tau)) and alpha = sigma^2 / (2 tau steps) <= 1, so that
 the total time is sigma^2 / 2. P keeps every property of Q (self-adjoint for the
 masses, keeps constants and mass, non-negative, spectrum in [0, 1]). The rule
-holds while sigma is small next to the radius of curvature of the surface.
+is valid while sigma is small next to the radius of curvature of the surface.
 
 Each step is computed as f - alpha (diag(Q 1) - Q) f, which equals P f when
 Q 1 = 1 and otherwise keeps constants and total mass exactly instead of within
@@ -98,7 +98,7 @@ class Smoother:
 
     Builds the kernel, normalizes it and chooses how many times to apply it.
     With the ``"graph"`` backend the one-ring kernel is applied as a lazy walk
-    matched to the diffusion time sigma^2 / 2 (see the module docstring); with
+    matched to the diffusion time sigma^2 / 2 (see the module docstring). With
     the ``"dense"``, ``"sparse"`` and ``"keops"`` backends the Gaussian or
     exponential kernel of bandwidth sigma is applied once per step.
 
@@ -301,9 +301,9 @@ class Smoother:
     def smooth_points(self, *, order: int = DEFAULT_FILTER_ORDER) -> torch.Tensor:
         """Return smoothed coordinates, by the filter I - (I - P)^order.
 
-        P is the diffusion at scale sigma. An eigenvalue mu of P becomes
-        1 - (1 - mu)^order: noise (mu near 0) is removed as by P, while the
-        shape (mu near 1) moves by (1 - mu)^order instead of (1 - mu), so the
+        P is the diffusion at scale sigma, and an eigenvalue mu of P becomes
+        1 - (1 - mu)^order. Noise (mu near 0) is removed as by P. The shape
+        (mu near 1) moves by (1 - mu)^order instead of (1 - mu), so the
         surface does not shrink the way it does under P alone. The filter is
         non-negative on the spectrum [0, 1] of P, so no frequency is amplified.
         """
@@ -348,7 +348,7 @@ def _record(mesh, smoother: Smoother, **extra) -> None:
 
 @dataclass
 class SurfaceReport:
-    """What smoothing did to a surface.
+    """Changes that smoothing made to a surface.
 
     Attributes
     ----------
